@@ -1,0 +1,1 @@
+"""rococap collector service: gathers results from Redis into the checkpointed CSV."""

@@ -1,0 +1,1 @@
+"""rococap producer service: enqueues the image ids of a split as Celery tasks."""

@@ -1,0 +1,1 @@
+"""rococap worker service: Celery tasks that caption batches of images on one GPU each."""
