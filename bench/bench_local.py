@@ -37,9 +37,13 @@ def main() -> None:
         runtime = RuntimeSettings(device="cpu", dtype="float32", batch_size=batch_size)
         captioner = Captioner.load(caption, runtime, extra_generate_kwargs={"min_new_tokens": args.tokens})
         settings = Settings(
-            dataset=str(dataset), split="test", caption=caption, runtime=runtime,
-            output=OutputSettings(out_dir=str(workdir / "out"), run=f"bs{batch_size}-{time.time_ns()}",
-                                  checkpoint_every=25),
+            dataset=str(dataset),
+            split="test",
+            caption=caption,
+            runtime=runtime,
+            output=OutputSettings(
+                out_dir=str(workdir / "out"), run=f"bs{batch_size}-{time.time_ns()}", checkpoint_every=25
+            ),
         )
         summary = run_local(settings, show_progress=False, captioner=captioner)
         print(f"| {batch_size} | {summary.images_per_second:.2f} | {summary.wall_seconds:.1f} |")

@@ -3,7 +3,8 @@
 Every row comes back as exactly one record. Images that cannot be used become FailureRecords
 with the reason; the rest of their batch is still captioned. A CUDA out-of-memory error splits
 the batch in halves (down to single images); any other error in a batched generate call is
-isolated by captioning that batch's images one at a time.
+isolated by captioning that batch's images one at a time. A TransientError is raised on, for the
+caller to retry the whole batch later.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 
 from rococap.captioner import Caption, Captioner, is_out_of_memory
 from rococap.dataset import ImageRow
-from rococap.errors import ImageError
+from rococap.errors import ImageError, TransientError
 from rococap.images import prepare_image
 from rococap.records import CaptionRecord, FailureRecord, Record, utc_now_iso
 from rococap.settings import CaptionSettings
@@ -96,6 +97,8 @@ def _caption_robustly(captioner: Captioner, images: list[Image.Image]) -> list[C
     """Captions for `images`, or an error string in place of each image that could not be captioned."""
     try:
         return list(captioner.caption(images))
+    except TransientError:
+        raise  # the whole task is retried
     except Exception as exc:
         if is_out_of_memory(exc):
             _free_cuda_cache()

@@ -88,6 +88,7 @@ class Captioner:
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": settings.prompt}]}
         ]
+        self._image_size = {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}
         self._prompt_text = processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
@@ -120,6 +121,14 @@ class Captioner:
         torch.set_grad_enabled(False)
         return cls(model, processor, settings, device, extra_generate_kwargs)
 
+    def with_settings(self, settings: CaptionSettings) -> Captioner:
+        """The same loaded model under another prompt, token limit or pixel limits (same model only)."""
+        if settings.model != self.settings.model:
+            raise ModelError(f"this captioner holds {self.settings.model!r}, not {settings.model!r}")
+        if settings == self.settings:
+            return self
+        return Captioner(self.model, self.processor, settings, self.device, self._extra_generate_kwargs)
+
     @property
     def dtype_name(self) -> str:
         return str(self.model.dtype).removeprefix("torch.")
@@ -132,7 +141,11 @@ class Captioner:
 
         started = time.perf_counter()
         inputs = self.processor(
-            text=[self._prompt_text] * len(images), images=images, padding=True, return_tensors="pt"
+            text=[self._prompt_text] * len(images),
+            images=images,
+            padding=True,
+            return_tensors="pt",
+            size=self._image_size,
         ).to(self.device)
         with torch.inference_mode():
             output_ids = self.model.generate(

@@ -192,8 +192,14 @@ def quiet_libraries(level: int) -> None:
     default="WARNING",
     help="Logging detail on stderr.",
 )
-def cli(log_level: str) -> None:
-    """Caption ROCOv2 radiology images with Qwen2-VL, on one machine or many GPUs."""
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
+    """Caption ROCOv2 radiology images with Qwen2-VL, on one machine or many GPUs.
+
+    Locally: `rococap run SPLIT`. Distributed: `rococap worker` on each GPU host, `rococap collect`
+    next to the results folder, then `rococap enqueue SPLIT` and `rococap status --watch`.
+    """
+    ctx.obj = {"log_level": log_level}
     level = getattr(logging, log_level)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -243,6 +249,305 @@ def run_command(
     summary = run_local(settings, limit=limit, ids=ids, retry_failed=retry_failed, show_progress=progress)
     for line in summary.lines():
         click.echo(line)
+
+
+redis_option = option(
+    "--redis-url",
+    env="REDIS_URL",
+    default="redis://localhost:6379/0",
+    help="Redis broker URL; a password goes in the URL: redis://:PASSWORD@host:6379/0.",
+)
+
+
+@cli.command("enqueue")
+@click.argument("split")
+@dataset_option
+@selection_options
+@caption_options
+@redis_option
+@option("--run", "run_name", env="RUN", default=None, help="Run name  [default: the split name]")
+@option(
+    "--chunk-size",
+    env="CHUNK_SIZE",
+    type=POSITIVE_INT,
+    default=DEFAULT_BATCH_SIZE,
+    help="Image ids per task: one GPU batch.",
+)
+@option(
+    "--out",
+    "out_dir",
+    env="OUT",
+    type=click.Path(file_okay=False),
+    default="results",
+    help="Results folder; ids already in this run's files (if readable here) are not sent again.",
+)
+@option(
+    "--resend-pending",
+    env="RESEND_PENDING",
+    is_flag=True,
+    default=False,
+    help="Send again ids that were enqueued but have no result yet (after losing the queue).",
+)
+@user_errors
+def enqueue_command(
+    split, dataset, limit, ids_file, redis_url, run_name, chunk_size, out_dir, resend_pending, **params
+) -> None:
+    """Register a run in Redis and enqueue the image ids of SPLIT that are not done yet."""
+    from rococap.dataset import read_ids_file
+    from rococap.producer.enqueue import EnqueueSettings, enqueue
+    from rococap.runs import redact_url
+
+    settings = EnqueueSettings(
+        redis_url=redis_url,
+        dataset=dataset,
+        split=split,
+        run=validated_run(run_name or split),
+        caption=caption_settings_from(params),
+        chunk_size=chunk_size,
+        out_dir=out_dir,
+        resend_pending=resend_pending,
+    )
+    ids = read_ids_file(ids_file) if ids_file else None
+    result = enqueue(settings, limit=limit, ids=ids)
+    click.echo(
+        f"run {result.run}: {result.selected} selected, {result.done_before} already done, "
+        f"{result.pending_before} already queued, {result.sent_ids} ids sent as {result.tasks} tasks "
+        f"to queue {result.queue} at {redact_url(redis_url)}"
+    )
+    click.echo(f"watch it:   rococap status --run {result.run} --watch")
+    click.echo(f"collect it: rococap collect --run {result.run} --until-done")
+
+
+@cli.command("worker")
+@option(
+    "--gpus", env="GPUS", default="all", help="all, cpu, or GPU indices such as 0,1: one process per GPU."
+)
+@option(
+    "--model",
+    env="MODEL",
+    default=DEFAULT_MODEL,
+    help="Model this worker holds; it takes only that model's tasks.",
+)
+@option(
+    "--dtype",
+    env="DTYPE",
+    type=click.Choice(DTYPES),
+    default="auto",
+    help="Model precision: auto is float16 on CUDA and float32 on CPU.",
+)
+@option(
+    "--batch-size",
+    env="BATCH_SIZE",
+    type=POSITIVE_INT,
+    default=DEFAULT_BATCH_SIZE,
+    help="Most images per generate call; larger tasks are split.",
+)
+@option(
+    "--dataset",
+    env="WORKER_DATASET",
+    default=None,
+    help="Where this host finds the dataset  [default: where the run says]",
+)
+@redis_option
+@option(
+    "--max-retries",
+    env="MAX_RETRIES",
+    type=click.IntRange(min=0),
+    default=3,
+    help="Retries of a task after a transient error, with exponential backoff and jitter.",
+)
+@option(
+    "--retry-base-delay-s",
+    env="RETRY_BASE_DELAY_S",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    help="First retry delay in seconds; doubled each retry.",
+)
+@option(
+    "--max-deliveries",
+    env="MAX_DELIVERIES",
+    type=POSITIVE_INT,
+    default=3,
+    help="Deliveries of a task that keeps killing its worker before its ids are recorded as failed.",
+)
+@option(
+    "--visibility-timeout-s",
+    env="VISIBILITY_TIMEOUT_S",
+    type=POSITIVE_INT,
+    default=3600,
+    help="Seconds before an unacknowledged task is given to another worker; longer than the longest task.",
+)
+@option(
+    "--dry-run",
+    env="DRY_RUN",
+    is_flag=True,
+    default=False,
+    help="Print the worker processes this would start, and exit.",
+)
+@click.pass_context
+@user_errors
+def worker_command(
+    ctx,
+    gpus,
+    model,
+    dtype,
+    batch_size,
+    dataset,
+    redis_url,
+    max_retries,
+    retry_base_delay_s,
+    max_deliveries,
+    visibility_timeout_s,
+    dry_run,
+) -> None:
+    """Start Celery workers: one process per GPU (solo pool), each holding one model."""
+    from rococap.captioner import check_model_source
+    from rococap.runs import connect_redis
+    from rococap.worker.launcher import (
+        describe,
+        parse_gpus,
+        plan_workers,
+        start_in_process,
+        supervise,
+        with_device,
+    )
+    from rococap.worker.tasks import WorkerSettings
+
+    plans = plan_workers(parse_gpus(gpus), model)
+    if dry_run:
+        for line in describe(plans):
+            click.echo(line)
+        return
+    check_model_source(model)
+    connect_redis(redis_url).close()
+    if len(plans) > 1:
+        sys.exit(supervise(plans, [arg for arg in sys.argv[1:]]))
+    plan = plans[0]
+    settings = WorkerSettings(
+        redis_url=redis_url,
+        model=model,
+        hostname=plan.hostname,
+        dataset=dataset,
+        max_retries=max_retries,
+        retry_base_delay_s=retry_base_delay_s,
+        max_deliveries=max_deliveries,
+        visibility_timeout_s=visibility_timeout_s,
+        runtime=with_device(RuntimeSettings(dtype=dtype, batch_size=batch_size), plan),
+    )
+    start_in_process(plan, settings, ctx.obj["log_level"])
+
+
+@cli.command("collect")
+@redis_option
+@option("--run", "run_name", env="RUN", default=None, help="Collect only this run  [default: every run]")
+@option(
+    "--out",
+    "out_dir",
+    env="OUT",
+    type=click.Path(file_okay=False),
+    default="results",
+    help="Folder that holds one sub-folder per run.",
+)
+@option(
+    "--checkpoint-every",
+    env="CHECKPOINT_EVERY",
+    type=POSITIVE_INT,
+    default=DEFAULT_CHECKPOINT_EVERY_ROWS,
+    help="Rows between fsynced checkpoints; entries are acknowledged after each.",
+)
+@option(
+    "--until-done",
+    env="UNTIL_DONE",
+    is_flag=True,
+    default=False,
+    help="Exit 0 once every enqueued id of the run(s) is in the CSV or the failed file.",
+)
+@user_errors
+def collect_command(redis_url, run_name, out_dir, checkpoint_every, until_done) -> None:
+    """Write results from Redis into OUT/RUN/ (the same files as `rococap run`)."""
+    from rococap.collector.collect import Collector, CollectorSettings
+    from rococap.runs import connect_redis
+
+    settings = CollectorSettings(
+        redis_url=redis_url,
+        out_dir=out_dir,
+        checkpoint_every=checkpoint_every,
+        run=validated_run(run_name) if run_name else None,
+        until_done=until_done,
+    )
+    collector = Collector(settings, connect_redis(redis_url))
+    try:
+        code = collector.serve()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        collector.close()
+    for sink in collector.sinks.values():
+        click.echo(
+            f"run {sink.spec.run}: {sink.output.captioned_count} captioned, {sink.output.failed_count} "
+            f"failed, in {sink.output.folder}"
+        )
+    sys.exit(code)
+
+
+@cli.command("status")
+@redis_option
+@option("--run", "run_name", env="RUN", default=None, help="Show only this run  [default: every run]")
+@option(
+    "--watch",
+    env="WATCH",
+    is_flag=True,
+    default=False,
+    help="Refresh with a progress bar until the runs are done.",
+)
+@option(
+    "--interval-s",
+    env="STATUS_INTERVAL_S",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    help="Seconds between refreshes with --watch.",
+)
+@option("--json", "as_json", env="JSON", is_flag=True, default=False, help="Print one JSON object per run.")
+@user_errors
+def status_command(redis_url, run_name, watch, interval_s, as_json) -> None:
+    """Per run: total, done, failed, queued, running, images/s over the last minute, ETA; workers online."""
+    import json
+    import time
+
+    from rococap.celery_app import make_celery_app
+    from rococap.runs import connect_redis
+    from rococap.status import all_statuses, format_table, progress_bar, workers_online
+
+    client = connect_redis(redis_url)
+    app = make_celery_app(redis_url)
+    name = validated_run(run_name) if run_name else None
+    while True:
+        statuses = all_statuses(client, name)
+        if name and not statuses:
+            raise RococapError(
+                f"no run {name!r} in Redis: enqueue it first (rococap enqueue SPLIT --run {name})"
+            )
+        workers = workers_online(app)
+        if as_json:
+            for status in statuses:
+                click.echo(json.dumps({**status.to_dict(), "workers_online": workers}))
+        else:
+            if watch:
+                click.clear()
+            for line in format_table(statuses, workers):
+                click.echo(line)
+            if watch:
+                for status in statuses:
+                    click.echo(progress_bar(status))
+        if not watch or (statuses and all(s.done >= s.total > 0 for s in statuses)):
+            return
+        time.sleep(interval_s)
+
+
+def validated_run(name: str) -> str:
+    from rococap.settings import validate_run_name
+
+    return validate_run_name(name)
 
 
 def main() -> None:

@@ -23,3 +23,7 @@ class ImageError(Exception):
 
 class SettingsError(RococapError, ValueError):
     """An option value is out of range or malformed."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying the whole task for (the GPU or a service was briefly unavailable)."""

@@ -273,3 +273,17 @@ def _mismatch_message(folder: Path, key: str, before, now) -> str:
         f"run folder {folder} was made with other settings ({key}: {detail}): "
         "use the same settings to resume it, or another --run name for a new run"
     )
+
+
+def read_done_ids(out_dir: str | Path, run: str, split: str) -> set[str]:
+    """Ids already in a run folder's two CSVs, read without touching the files."""
+    folder = Path(out_dir) / validate_run_name(run)
+    done: set[str] = set()
+    for path, columns in (
+        (folder / captions_file_name(split), column_names(CaptionRecord)),
+        (folder / failed_file_name(split), column_names(FailureRecord)),
+    ):
+        if path.exists():
+            records, _ = complete_records(path.read_bytes().decode("utf-8", errors="replace"), len(columns))
+            done.update(record[0] for record in records[1:])
+    return done

@@ -50,3 +50,31 @@ def rococap_cli(*args: str, env: dict | None = None, timeout: float = 240, cwd: 
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd
     )
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A private redis-server on a free port, stopped after the test."""
+    from tests.services import RedisServer
+
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    server = RedisServer(data).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cli_processes():
+    """Start long-running `rococap` subprocesses; all are stopped after the test."""
+    from tests.services import CliProcess
+
+    started: list[CliProcess] = []
+
+    def start(args: list[str], log_path: Path, env: dict | None = None) -> CliProcess:
+        started.append(CliProcess(args, log_path, env))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()

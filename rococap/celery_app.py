@@ -1,0 +1,54 @@
+"""The Celery application: Redis broker, JSON only, late acks, results ignored.
+
+Results do not travel as Celery results: workers push one record per image to the run's Redis
+stream, and the collector writes them to disk (see rococap.runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from celery import Celery
+
+CAPTION_TASK_NAME = "rococap.caption"
+# Longer than the longest task (model load + one batch); an unacked task is redelivered after this.
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+QUEUE_PREFIX = "rococap.caption."
+
+
+def queue_for_model(model: str) -> str:
+    """One queue per model, so that a worker only takes tasks for the model it holds."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", model.rstrip("/").split("/")[-1])[:40] or "model"
+    digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:8]
+    return f"{QUEUE_PREFIX}{readable}.{digest}"
+
+
+def make_celery_app(redis_url: str, visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S) -> Celery:
+    app = Celery("rococap", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        broker_url=redis_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # A task that fails unexpectedly is redelivered rather than dropped; the worker bounds
+        # deliveries per task and records the ids as failed past that bound.
+        task_acks_on_failure_or_timeout=False,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=5,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_default_queue=QUEUE_PREFIX + "default",
+    )
+    return app

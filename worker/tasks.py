@@ -1,0 +1,206 @@
+"""The caption task and the per-process worker state.
+
+A task carries a run name and a chunk of image ids. It skips ids whose results were already
+pushed (so a redelivered task never yields a second row), captions the rest through the shared
+core (`rococap.batch`), and pushes one record per image to the run's stream in one MULTI/EXEC
+together with marking the ids pushed. Transient errors retry the task with exponential backoff
+and jitter; after the last retry its ids are pushed as failed with the error. A task whose
+delivery keeps dying with its worker (a poison task) is recorded as failed after a bounded
+number of deliveries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from rococap.batch import caption_rows
+from rococap.captioner import Captioner
+from rococap.celery_app import CAPTION_TASK_NAME, DEFAULT_VISIBILITY_TIMEOUT_S, make_celery_app
+from rococap.dataset import SplitSource
+from rococap.errors import RococapError, TransientError
+from rococap.records import FailureRecord, Record, utc_now_iso
+from rococap.runs import RunKeys, RunSpec, load_spec
+from rococap.settings import CaptionSettings, RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BASE_DELAY_S = 2.0
+RETRY_MAX_DELAY_S = 300.0
+# Deliveries of the same attempt (a worker died holding it) before its ids are recorded as failed.
+DEFAULT_MAX_DELIVERIES = 3
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    redis_url: str
+    model: str
+    runtime: RuntimeSettings
+    hostname: str
+    dataset: str | None = None  # where this worker finds the dataset, if not where the run says
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_base_delay_s: float = DEFAULT_RETRY_BASE_DELAY_S
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (TransientError, RococapError, redis.ConnectionError, redis.TimeoutError)
+
+
+class WorkerState:
+    """What one worker process holds: a Redis client, the model (loaded at the first task), open splits."""
+
+    def __init__(self, settings: WorkerSettings, captioner: Any = None):
+        self.settings = settings
+        self._captioner = captioner
+        self._sources: dict[tuple[str, str], SplitSource] = {}
+        self._specs: dict[str, RunSpec] = {}
+        self._redis = None
+
+    @property
+    def redis(self):
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(
+                self.settings.redis_url,
+                decode_responses=True,
+                socket_connect_timeout=5,
+                socket_timeout=30,
+                health_check_interval=30,
+                retry_on_timeout=True,
+            )
+        return self._redis
+
+    def captioner(self, caption: CaptionSettings):
+        if self._captioner is None:
+            log.info("loading model %s on %s", self.settings.model, self.settings.runtime.device)
+            self._captioner = Captioner.load(
+                CaptionSettings(model=self.settings.model), self.settings.runtime
+            )
+        return self._captioner.with_settings(caption)
+
+    def spec(self, run: str) -> RunSpec:
+        if run not in self._specs:
+            spec = load_spec(self.redis, run)
+            if spec is None:
+                raise RococapError(f"run {run!r} is not registered in Redis (was it deleted?)")
+            self._specs[run] = spec
+        return self._specs[run]
+
+    def source(self, spec: RunSpec) -> SplitSource:
+        dataset = self.settings.dataset or spec.dataset
+        key = (dataset, spec.split)
+        if key not in self._sources:
+            self._sources[key] = SplitSource.open(dataset, spec.split)
+        return self._sources[key]
+
+
+def push_records(client, run: str, records: list[Record], task_id: str | None) -> None:
+    """Append records to the run's stream and mark their ids pushed, atomically."""
+    keys = RunKeys(run)
+    pipe = client.pipeline(transaction=True)
+    for record in records:
+        pipe.xadd(keys.results, {"record": json.dumps(record.to_json(), ensure_ascii=False)})
+    if records:
+        pipe.sadd(keys.pushed, *[record.image_id for record in records])
+    if task_id:
+        pipe.hdel(keys.active, task_id)
+    pipe.execute()
+
+
+def retry_delay_s(retries: int, base_s: float) -> float:
+    """Exponential backoff with jitter: base * 2^retries, capped, times a random 0.5-1.0."""
+    return min(RETRY_MAX_DELAY_S, base_s * (2**retries)) * random.uniform(0.5, 1.0)
+
+
+def failures_for(
+    ids: list[str], reason: str, attempts: int, state: WorkerState, run: str
+) -> list[FailureRecord]:
+    split = state._specs[run].split if run in state._specs else ""
+    return [
+        FailureRecord(
+            image_id=image_id,
+            error=reason,
+            attempts=attempts,
+            timestamp=utc_now_iso(),
+            split=split,
+            model=state.settings.model,
+            worker=state.settings.hostname,
+        )
+        for image_id in ids
+    ]
+
+
+def caption_task(state: WorkerState, task, run: str, ids: list[str]) -> dict:
+    """The body of the Celery task (see the module docstring)."""
+    keys = RunKeys(run)
+    client = state.redis
+    task_id = task.request.id
+    retries = task.request.retries
+    attempts = retries + 1
+    todo = list(ids)
+    try:
+        todo = [
+            image_id
+            for image_id, pushed in zip(ids, client.smismember(keys.pushed, ids), strict=True)
+            if not pushed
+        ]
+        if not todo:
+            client.hdel(keys.active, task_id)
+            return {"run": run, "skipped_already_done": len(ids)}
+        deliveries = client.hincrby(keys.deliveries, f"{task_id}:{retries}", 1)
+        if deliveries > state.settings.max_deliveries:
+            reason = (
+                f"gave up after {deliveries - 1} deliveries that each ended with the worker dying "
+                "(crash or kill while captioning these images)"
+            )
+            log.error("run %s: %s; ids recorded as failed: %s", run, reason, ", ".join(todo))
+            push_records(client, run, failures_for(todo, reason, attempts, state, run), task_id)
+            return {"run": run, "failed": len(todo)}
+        client.hset(keys.active, task_id, len(todo))
+        spec = state.spec(run)
+        rows = state.source(spec).rows(todo)
+        records = caption_rows(
+            rows,
+            state.captioner(spec.caption),
+            split=spec.split,
+            worker=state.settings.hostname,
+            batch_size=state.settings.runtime.batch_size,
+            attempts=attempts,
+        )
+        push_records(client, run, records, task_id)
+    except transient_errors() as exc:
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        if retries >= state.settings.max_retries:
+            log.error("run %s: giving up on %d ids after %d attempts: %s", run, len(ids), attempts, reason)
+            reason = f"gave up after {attempts} attempts: {reason}"
+            push_records(client, run, failures_for(todo, reason, attempts, state, run), task_id)
+            return {"run": run, "failed": len(todo)}
+        delay = retry_delay_s(retries, state.settings.retry_base_delay_s)
+        log.warning("run %s: attempt %d failed (%s); retrying in %.1f s", run, attempts, reason, delay)
+        raise task.retry(exc=exc, countdown=delay, max_retries=state.settings.max_retries) from None
+    captioned = sum(record.kind == "caption" for record in records)
+    return {"run": run, "captioned": captioned, "failed": len(records) - captioned}
+
+
+def make_worker_app(settings: WorkerSettings, captioner: Any = None):
+    """A Celery app with the caption task bound to this process's WorkerState."""
+    app = make_celery_app(settings.redis_url, settings.visibility_timeout_s)
+    state = WorkerState(settings, captioner)
+
+    @app.task(
+        name=CAPTION_TASK_NAME, bind=True, acks_late=True, max_retries=settings.max_retries, shared=False
+    )
+    def caption(self, run: str, ids: list[str]) -> dict:
+        return caption_task(state, self, run, ids)
+
+    app.rococap_state = state
+    return app
