@@ -85,6 +85,9 @@ def start_in_process(plan: WorkerProcess, worker_settings, log_level: str) -> No
     from rococap.worker.tasks import make_worker_app
 
     app = make_worker_app(worker_settings)
+    # Load the model in this process before consuming: no task waits for it, and a model that cannot
+    # be loaded stops the worker with its one-line error instead of failing tasks.
+    app.rococap_state.warm_up()
     app.worker_main(
         [
             "worker",

@@ -87,6 +87,10 @@ class WorkerState:
             )
         return self._captioner.with_settings(caption)
 
+    def warm_up(self) -> None:
+        """Load the model now, before the worker takes tasks (errors then stop the worker at start)."""
+        self.captioner(CaptionSettings(model=self.settings.model))
+
     def spec(self, run: str) -> RunSpec:
         if run not in self._specs:
             spec = load_spec(self.redis, run)
@@ -94,6 +98,10 @@ class WorkerState:
                 raise RococapError(f"run {run!r} is not registered in Redis (was it deleted?)")
             self._specs[run] = spec
         return self._specs[run]
+
+    def split_of(self, run: str) -> str:
+        """The run's split if its spec was read already (failure rows are written even when it was not)."""
+        return self._specs[run].split if run in self._specs else ""
 
     def source(self, spec: RunSpec) -> SplitSource:
         dataset = self.settings.dataset or spec.dataset
@@ -124,7 +132,7 @@ def retry_delay_s(retries: int, base_s: float) -> float:
 def failures_for(
     ids: list[str], reason: str, attempts: int, state: WorkerState, run: str
 ) -> list[FailureRecord]:
-    split = state._specs[run].split if run in state._specs else ""
+    split = state.split_of(run)
     return [
         FailureRecord(
             image_id=image_id,
