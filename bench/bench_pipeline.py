@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 
 from common import REPO_ROOT, machine_line, prepare
-from rococap.collector.collect import Collector, CollectorSettings
-from rococap.producer.enqueue import EnqueueSettings, enqueue
-from rococap.worker.tasks import push_records
 
+from rococap.collector.collect import Collector, CollectorSettings
 from rococap.local import run_local
+from rococap.producer.enqueue import EnqueueSettings, enqueue
 from rococap.records import CaptionRecord
 from rococap.runs import RunKeys
 from rococap.settings import CaptionSettings, OutputSettings, RuntimeSettings, Settings
+from rococap.worker.tasks import push_records
 from tests.fixtures.rocov2 import Row, png_bytes, synthetic_image, write_split
 from tests.services import RedisServer, wait_until
 

@@ -69,7 +69,7 @@ def caption_prepared(
                         timestamp=utc_now_iso(),
                         split=split,
                         generated_tokens=outcome.generated_tokens,
-                        batch_size=len(images),
+                        batch_size=outcome.batch_size,
                         worker=worker,
                     )
                 )

@@ -15,11 +15,12 @@ from rococap.settings import DEFAULT_MODEL, CaptionSettings, RuntimeSettings
 
 @dataclass(frozen=True)
 class Caption:
-    """One image's caption: its text, how many tokens were generated, its share of the batch time."""
+    """One image's caption: its text, tokens generated, its share of the batch time, the batch size."""
 
     text: str
     generated_tokens: int
     seconds: float
+    batch_size: int
 
 
 def resolve_device(device: str) -> str:
@@ -160,7 +161,12 @@ class Captioner:
         )
         seconds_each = (time.perf_counter() - started) / len(images)
         return [
-            Caption(text=text.strip(), generated_tokens=self._count_generated(ids), seconds=seconds_each)
+            Caption(
+                text=text.strip(),
+                generated_tokens=self._count_generated(ids),
+                seconds=seconds_each,
+                batch_size=len(images),
+            )
             for text, ids in zip(texts, new_ids, strict=True)
         ]
 

@@ -24,6 +24,20 @@ def queue_for_model(model: str) -> str:
     return f"{QUEUE_PREFIX}{readable}.{digest}"
 
 
+def transport_options(visibility_timeout_s: int) -> dict:
+    """Redis transport: unacked tasks come back after the visibility timeout, checked often enough.
+
+    kombu sweeps for expired unacked tasks every interval x throttle seconds (100 s by default);
+    sweeping every 1-10 s (a tenth of the timeout) brings a dead worker's task back soon after
+    its timeout, and costs one small sorted-set query.
+    """
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, visibility_timeout_s // 10)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def make_celery_app(redis_url: str, visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S) -> Celery:
     app = Celery("rococap", broker=redis_url, set_as_current=False)
     app.conf.update(
@@ -44,7 +58,7 @@ def make_celery_app(redis_url: str, visibility_timeout_s: int = DEFAULT_VISIBILI
         worker_send_task_events=True,
         task_send_sent_event=True,
         task_track_started=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options=transport_options(visibility_timeout_s),
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         worker_hijack_root_logger=False,

@@ -366,9 +366,9 @@ def enqueue_command(
 @option(
     "--max-deliveries",
     env="MAX_DELIVERIES",
-    type=POSITIVE_INT,
+    type=click.IntRange(min=2),
     default=3,
-    help="Deliveries of a task that keeps killing its worker before its ids are recorded as failed.",
+    help="Deliveries of a task that keeps killing its worker before the image it dies on is recorded as failed.",
 )
 @option(
     "--visibility-timeout-s",
@@ -376,6 +376,12 @@ def enqueue_command(
     type=POSITIVE_INT,
     default=3600,
     help="Seconds before an unacknowledged task is given to another worker; longer than the longest task.",
+)
+@option(
+    "--name",
+    env="WORKER_NAME",
+    default=None,
+    help="Worker name before @host, to run several CPU workers on one host  [default: gpuN or cpu]",
 )
 @option(
     "--dry-run",
@@ -398,6 +404,7 @@ def worker_command(
     retry_base_delay_s,
     max_deliveries,
     visibility_timeout_s,
+    name,
     dry_run,
 ) -> None:
     """Start Celery workers: one process per GPU (solo pool), each holding one model."""
@@ -413,7 +420,9 @@ def worker_command(
     )
     from rococap.worker.tasks import WorkerSettings
 
-    plans = plan_workers(parse_gpus(gpus), model)
+    if name is not None:
+        validated_run(name)  # same rule: letters, digits, '.', '_', '-'
+    plans = plan_workers(parse_gpus(gpus), model, name=name)
     if dry_run:
         for line in describe(plans):
             click.echo(line)

@@ -25,13 +25,10 @@ class WorkerProcess:
     """One planned worker process."""
 
     device: str  # "cpu" or a GPU index as a string
+    label: str  # the node name before @host
     hostname: str
     queue: str
     env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return "cpu" if self.device == "cpu" else f"gpu{self.device}"
 
 
 def visible_gpu_count() -> int:
@@ -60,14 +57,21 @@ def parse_gpus(value: str, gpu_count=visible_gpu_count) -> list[str]:
     return [str(int(part)) for part in parts]
 
 
-def plan_workers(gpus: list[str], model: str, host: str | None = None) -> list[WorkerProcess]:
+def plan_workers(
+    gpus: list[str], model: str, host: str | None = None, name: str | None = None
+) -> list[WorkerProcess]:
+    """One process per device, named `<label>@<host>`; `name` replaces the label (suffixed per GPU)."""
     host = host or socket.gethostname()
     queue = queue_for_model(model)
     plans = []
     for device in gpus:
         label = "cpu" if device == "cpu" else f"gpu{device}"
+        if name:
+            label = name if len(gpus) == 1 else f"{name}-{label}"
         env = {"CUDA_VISIBLE_DEVICES": "" if device == "cpu" else device}
-        plans.append(WorkerProcess(device=device, hostname=f"{label}@{host}", queue=queue, env=env))
+        plans.append(
+            WorkerProcess(device=device, label=label, hostname=f"{label}@{host}", queue=queue, env=env)
+        )
     return plans
 
 
@@ -79,12 +83,12 @@ def describe(plans: list[WorkerProcess]) -> list[str]:
     ]
 
 
-def start_in_process(plan: WorkerProcess, worker_settings, log_level: str) -> None:
+def start_in_process(plan: WorkerProcess, worker_settings, log_level: str, captioner=None) -> None:
     """Run one Celery worker (solo pool) in this process; returns when it shuts down."""
     os.environ.update(plan.env)
     from rococap.worker.tasks import make_worker_app
 
-    app = make_worker_app(worker_settings)
+    app = make_worker_app(worker_settings, captioner=captioner)
     # Load the model in this process before consuming: no task waits for it, and a model that cannot
     # be loaded stops the worker with its one-line error instead of failing tasks.
     app.rococap_state.warm_up()
@@ -106,7 +110,7 @@ def supervise(plans: list[WorkerProcess], child_argv: list[str]) -> int:
     """Start one child `rococap worker --gpus N` per plan; forward SIGINT/SIGTERM; wait for all."""
     children = []
     for plan in plans:
-        argv = [sys.executable, "-m", "rococap.cli", *child_argv, "--gpus", plan.device]
+        argv = [sys.executable, "-m", "rococap.cli", *child_argv, "--gpus", plan.device, "--name", plan.label]
         children.append(subprocess.Popen(argv, env={**os.environ, **plan.env}))
         log.info("started %s (pid %d)", plan.hostname, children[-1].pid)
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BASE_DELAY_S = 2.0
 RETRY_MAX_DELAY_S = 300.0
-# Deliveries of the same attempt (a worker died holding it) before its ids are recorded as failed.
+# Deliveries of the same attempt (a worker died holding it) before the image being captioned at
+# that moment is recorded as failed. At least 2: deliveries after the first go one image at a time.
 DEFAULT_MAX_DELIVERIES = 3
 
 
@@ -148,7 +149,29 @@ def failures_for(
 
 
 def caption_task(state: WorkerState, task, run: str, ids: list[str]) -> dict:
-    """The body of the Celery task (see the module docstring)."""
+    """The body of the Celery task (see the module docstring).
+
+    Whatever goes wrong, the task either finishes with every id pushed, or schedules a retry, or
+    hands its message back (Reject with requeue): it never ends in a state that drops its ids.
+    """
+    from celery.exceptions import Reject, Retry
+
+    try:
+        return _caption_task(state, task, run, ids)
+    except Retry:
+        raise
+    except Exception as exc:
+        log.error(
+            "run %s: task %s could not finish (%s: %s); handing it back to the queue",
+            run,
+            task.request.id,
+            type(exc).__name__,
+            exc,
+        )
+        raise Reject(exc, requeue=True) from None
+
+
+def _caption_task(state: WorkerState, task, run: str, ids: list[str]) -> dict:
     keys = RunKeys(run)
     client = state.redis
     task_id = task.request.id
@@ -165,30 +188,43 @@ def caption_task(state: WorkerState, task, run: str, ids: list[str]) -> dict:
             client.hdel(keys.active, task_id)
             return {"run": run, "skipped_already_done": len(ids)}
         deliveries = client.hincrby(keys.deliveries, f"{task_id}:{retries}", 1)
+        records: list[Record] = []
         if deliveries > state.settings.max_deliveries:
+            # Deliveries after the first caption one image at a time in order, so the first id not
+            # pushed is the one that was being captioned when the worker died: give it up, go on.
             reason = (
                 f"gave up after {deliveries - 1} deliveries that each ended with the worker dying "
-                "(crash or kill while captioning these images)"
+                "(crash or kill while captioning this image)"
             )
-            log.error("run %s: %s; ids recorded as failed: %s", run, reason, ", ".join(todo))
-            push_records(client, run, failures_for(todo, reason, attempts, state, run), task_id)
-            return {"run": run, "failed": len(todo)}
+            log.error("run %s: %s: %s recorded as failed", run, reason, todo[0])
+            records = failures_for(todo[:1], reason, attempts, state, run)
+            push_records(client, run, records, task_id if len(todo) == 1 else None)
+            todo = todo[1:]
+            if not todo:
+                return {"run": run, "failed": 1}
         client.hset(keys.active, task_id, len(todo))
         spec = state.spec(run)
-        rows = state.source(spec).rows(todo)
-        records = caption_rows(
-            rows,
-            state.captioner(spec.caption),
-            split=spec.split,
-            worker=state.settings.hostname,
-            batch_size=state.settings.runtime.batch_size,
-            attempts=attempts,
-        )
-        push_records(client, run, records, task_id)
+        captioner = state.captioner(spec.caption)
+        # A redelivered attempt may hold an image that kills the worker: caption and push one image
+        # at a time, so that only that image is left for the next delivery.
+        step = len(todo) if deliveries == 1 else 1
+        for start in range(0, len(todo), step):
+            rows = state.source(spec).rows(todo[start : start + step])
+            part = caption_rows(
+                rows,
+                captioner,
+                split=spec.split,
+                worker=state.settings.hostname,
+                batch_size=state.settings.runtime.batch_size,
+                attempts=attempts,
+            )
+            last = start + step >= len(todo)
+            push_records(client, run, part, task_id if last else None)
+            records += part
     except transient_errors() as exc:
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         if retries >= state.settings.max_retries:
-            log.error("run %s: giving up on %d ids after %d attempts: %s", run, len(ids), attempts, reason)
+            log.error("run %s: giving up on %d ids after %d attempts: %s", run, len(todo), attempts, reason)
             reason = f"gave up after {attempts} attempts: {reason}"
             push_records(client, run, failures_for(todo, reason, attempts, state, run), task_id)
             return {"run": run, "failed": len(todo)}
