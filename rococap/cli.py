@@ -553,6 +553,93 @@ def status_command(redis_url, run_name, watch, interval_s, as_json) -> None:
         time.sleep(interval_s)
 
 
+@cli.command("evaluate")
+@click.argument("csv_path", metavar="CSV", type=click.Path(exists=True, dir_okay=False))
+@option(
+    "--references",
+    env="REFERENCES",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CSV with image_id,caption to score against  [default: the CSV's original_caption column]",
+)
+@option(
+    "--cuis",
+    env="CUIS",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CSV with image_id,cui (';'-separated) for modality agreement  [default: the dataset's cui column]",
+)
+@option(
+    "--cui-map",
+    env="CUI_MAP",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CSV of CUI,name; CUIs missing from it are counted in metrics.json.",
+)
+@option(
+    "--dataset",
+    env="EVAL_DATASET",
+    default=None,
+    help="Dataset for thumbnails and CUIs (hub id or folder), split taken from the CSV.",
+)
+@option(
+    "--report",
+    "report_dir",
+    env="REPORT",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for metrics.json, plots and report.html  [default: report/ beside the CSV]",
+)
+@option(
+    "--bertscore/--no-bertscore",
+    env="BERTSCORE",
+    default=True,
+    help="Try BERTScore (needs bert-score and microsoft/deberta-xlarge-mnli; skipped with a message if absent).",
+)
+@user_errors
+def evaluate_command(csv_path, references, cuis, cui_map, dataset, report_dir, bertscore) -> None:
+    """Score a captions CSV against references; write metrics.json, plots and an HTML report."""
+    from pathlib import Path
+
+    from rococap.evaluate import evaluate, read_captions_csv, read_cui_names, read_reference_csv, unknown_cuis
+    from rococap.report import write_report
+
+    frame = read_captions_csv(csv_path)
+    reference_frame = read_reference_csv(references) if references else None
+    cui_frame = read_reference_csv(cuis) if cuis else None
+    thumbnails: dict[str, bytes] = {}
+    if dataset:
+        from rococap.dataset import SplitSource
+
+        split = frame["split"].iloc[0] if "split" in frame.columns and len(frame) else "test"
+        source = SplitSource.open(dataset, split)
+        ids = [image_id for image_id in frame["image_id"] if image_id in source]
+        thumbnails = {row.image_id: row.image_bytes for row in source.rows(ids)}
+        if cui_frame is None:
+            import pandas as pd
+
+            values = [";".join(v) if isinstance(v, list) else (v or "") for v in source.column("cui", ids)]
+            cui_frame = pd.DataFrame({"image_id": ids, "cui": values}).set_index("image_id")
+    evaluation = evaluate(frame, reference_frame, cui_frame, with_bertscore=bertscore)
+    if cui_map and cui_frame is not None:
+        used = cui_frame[cui_frame.index.isin(frame["image_id"])]
+        evaluation.counts["unknown_cuis"] = unknown_cuis(used, read_cui_names(cui_map))
+    folder = Path(report_dir) if report_dir else Path(csv_path).parent / "report"
+    page = write_report(evaluation, folder, f"rococap evaluation: {Path(csv_path).name}", thumbnails)
+    for name, value in evaluation.aggregate.items():
+        click.echo(f"{name:<14} {value:.4f}")
+    for reason in evaluation.skipped_metrics.values():
+        click.echo(f"note: {reason}")
+    if evaluation.modality.get("available"):
+        generated = evaluation.modality["generated"]
+        click.echo(
+            f"modality agreement: generated {generated['accuracy']:.3f}, "
+            f"reference {evaluation.modality['reference']['accuracy']:.3f} "
+            f"({evaluation.modality['images_with_gold_modality']} images with a modality CUI)"
+        )
+    click.echo(f"report: {page}")
+
+
 def validated_run(name: str) -> str:
     from rococap.settings import validate_run_name
 

@@ -145,6 +145,13 @@ class SplitSource:
             for image_id, image, caption in zip(image_ids, images, captions, strict=True)
         ]
 
+    def column(self, name: str, image_ids: Iterable[str]) -> list:
+        """Values of one column for these ids (None where the split has no such column)."""
+        image_ids = [image_id for image_id in image_ids if image_id in self._row_of]
+        if name not in self._arrow.column_names:
+            return [None] * len(image_ids)
+        return self._arrow[[self._row_of[image_id] for image_id in image_ids]].column(name).to_pylist()
+
 
 def _image_bytes(image) -> bytes | None:
     if image is None:

@@ -42,6 +42,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder, fsync, then os.replace."""
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())  # like a file opened with open(), not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
@@ -51,6 +52,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         Path(temp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
