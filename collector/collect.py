@@ -22,7 +22,8 @@ from rococap.runs import COLLECTOR_GROUP, RunKeys, RunSpec, list_runs, load_spec
 log = logging.getLogger(__name__)
 
 READ_COUNT = 500  # entries per XREADGROUP call
-BLOCK_MS = 500  # how long one read waits for new entries
+BLOCK_MS = 500  # how long one read waits for new entries when the streams were quiet
+BUSY_BLOCK_MS = 50  # ... and right after a read that returned entries, to notice the end of a burst soon
 CHECKPOINT_INTERVAL_S = 2.0  # a partial checkpoint at least this often while rows trickle in
 CLAIM_IDLE_MS = 60_000  # pending entries of other consumers idle this long are taken over
 RUNS_REFRESH_S = 2.0
@@ -57,6 +58,7 @@ class Collector:
         self.client = client
         self.sinks: dict[str, RunSink] = {}
         self._runs_checked = 0.0
+        self._busy = False
 
     # -- runs --------------------------------------------------------------------------------
     def refresh_runs(self) -> None:
@@ -142,9 +144,14 @@ class Collector:
             return 0
         streams = {sink.keys.results: ">" for sink in self.sinks.values()}
         reply = self.client.xreadgroup(
-            COLLECTOR_GROUP, self.settings.consumer, streams, count=READ_COUNT, block=BLOCK_MS
+            COLLECTOR_GROUP,
+            self.settings.consumer,
+            streams,
+            count=READ_COUNT,
+            block=BUSY_BLOCK_MS if self._busy else BLOCK_MS,
         )
         by_stream = {stream: entries for stream, entries in reply or []}
+        self._busy = bool(by_stream)
         read = 0
         for sink in self.sinks.values():
             entries = by_stream.get(sink.keys.results, [])

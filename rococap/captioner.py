@@ -113,7 +113,9 @@ class Captioner:
                 settings.model,
                 size={"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels},
             )
-            model = Qwen2VLForConditionalGeneration.from_pretrained(settings.model, dtype=dtype)
+            model = Qwen2VLForConditionalGeneration.from_pretrained(
+                settings.model, dtype=dtype, attn_implementation=runtime.attention
+            )
         except (OSError, ValueError, ImportError) as exc:
             raise _load_error(settings.model, exc) from None
         processor.tokenizer.padding_side = "left"

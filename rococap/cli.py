@@ -12,6 +12,7 @@ import click
 from rococap import __version__
 from rococap.errors import RococapError
 from rococap.settings import (
+    ATTENTIONS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_EVERY_ROWS,
     DEFAULT_DATASET,
@@ -116,6 +117,20 @@ runtime_options = compose(
         default=DEFAULT_BATCH_SIZE,
         help="Images per generate call.",
     ),
+    option(
+        "--attention",
+        env="ATTENTION",
+        type=click.Choice(ATTENTIONS),
+        default="sdpa",
+        help="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).",
+    ),
+    option(
+        "--sort-by-size/--no-sort-by-size",
+        env="SORT_BY_SIZE",
+        default=True,
+        help="Batch images of similar size together (less padding); output order then differs within "
+        "windows of 8 batches.",
+    ),
 )
 output_options = compose(
     option(
@@ -154,7 +169,13 @@ def caption_settings_from(params: dict) -> CaptionSettings:
 
 
 def runtime_settings_from(params: dict) -> RuntimeSettings:
-    return RuntimeSettings(device=params["device"], dtype=params["dtype"], batch_size=params["batch_size"])
+    return RuntimeSettings(
+        device=params["device"],
+        dtype=params["dtype"],
+        batch_size=params["batch_size"],
+        attention=params["attention"],
+        sort_by_size=params["sort_by_size"],
+    )
 
 
 def user_errors(function):
@@ -343,6 +364,13 @@ def enqueue_command(
     help="Most images per generate call; larger tasks are split.",
 )
 @option(
+    "--attention",
+    env="ATTENTION",
+    type=click.Choice(ATTENTIONS),
+    default="sdpa",
+    help="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).",
+)
+@option(
     "--dataset",
     env="WORKER_DATASET",
     default=None,
@@ -398,6 +426,7 @@ def worker_command(
     model,
     dtype,
     batch_size,
+    attention,
     dataset,
     redis_url,
     max_retries,
@@ -441,7 +470,7 @@ def worker_command(
         retry_base_delay_s=retry_base_delay_s,
         max_deliveries=max_deliveries,
         visibility_timeout_s=visibility_timeout_s,
-        runtime=with_device(RuntimeSettings(dtype=dtype, batch_size=batch_size), plan),
+        runtime=with_device(RuntimeSettings(dtype=dtype, batch_size=batch_size, attention=attention), plan),
     )
     start_in_process(plan, settings, ctx.obj["log_level"])
 

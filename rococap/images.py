@@ -85,6 +85,17 @@ def resized_size(width: int, height: int, min_pixels: int, max_pixels: int) -> t
     return new_width, new_height
 
 
+def visual_tokens(data: bytes | None, min_pixels: int, max_pixels: int) -> int:
+    """Qwen2-VL image tokens for these bytes, from the header alone (0 when unreadable)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+        new_width, new_height = resized_size(width, height, min_pixels, max_pixels)
+    except Exception:
+        return 0
+    return (new_width * new_height) // (QWEN2VL_RESIZE_FACTOR_PX * QWEN2VL_RESIZE_FACTOR_PX)
+
+
 def prepare_image(data: bytes | None, min_pixels: int, max_pixels: int) -> Image.Image:
     """Bytes -> RGB image already resized to Qwen2-VL's grid, or ImageError."""
     image = decode_image(data)

@@ -14,9 +14,10 @@ from rococap import __version__
 from rococap.batch import PreparedBatch, caption_prepared, prepare_rows
 from rococap.captioner import Captioner, check_model_source
 from rococap.dataset import SplitSource
+from rococap.images import visual_tokens
 from rococap.output import RunOutput
 from rococap.records import CaptionRecord
-from rococap.settings import Settings
+from rococap.settings import SIZE_SORT_WINDOW_BATCHES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,22 @@ def batches(ids: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(ids[start : start + size])
 
 
+def order_by_size(todo: Sequence[str], source: SplitSource, settings: Settings) -> list[str]:
+    """Within windows of a few batches, order ids by image size so that a batch pads little."""
+    window = settings.runtime.batch_size * SIZE_SORT_WINDOW_BATCHES
+    ordered: list[str] = []
+    for start in range(0, len(todo), window):
+        rows = source.rows(todo[start : start + window])
+        sizes = {
+            row.image_id: visual_tokens(
+                row.image_bytes, settings.caption.min_pixels, settings.caption.max_pixels
+            )
+            for row in rows
+        }
+        ordered += sorted(todo[start : start + window], key=sizes.__getitem__)
+    return ordered
+
+
 def run_local(
     settings: Settings,
     *,
@@ -94,6 +111,7 @@ def run_local(
     retry_failed: bool = False,
     show_progress: bool | None = None,
     captioner: Captioner | None = None,
+    prefetch: bool = True,
 ) -> RunSummary:
     """Caption the selected ids of a split into `<out>/<run>/`; resumes what is already there."""
     started = time.perf_counter()
@@ -120,7 +138,9 @@ def run_local(
     session_seconds: list[float] = []
     captioned = failed = 0
     try:
-        for records in _caption_stream(todo, source, captioner, settings, show_progress):
+        if settings.runtime.sort_by_size:
+            todo = order_by_size(todo, source, settings)
+        for records in _caption_stream(todo, source, captioner, settings, show_progress, prefetch):
             for record in records:
                 if output.add(record):
                     if isinstance(record, CaptionRecord):
@@ -144,7 +164,7 @@ def run_local(
     )
 
 
-def _caption_stream(todo, source: SplitSource, captioner, settings: Settings, show_progress):
+def _caption_stream(todo, source: SplitSource, captioner, settings: Settings, show_progress, prefetch=True):
     """Yield each batch's records; the next batch is read and decoded while this one generates."""
     from tqdm import tqdm
 
@@ -173,6 +193,8 @@ def _caption_stream(todo, source: SplitSource, captioner, settings: Settings, sh
             prepared = upcoming.result()
             if index + 1 < len(chunks):
                 upcoming = pool.submit(load, chunks[index + 1])
+                if not prefetch:  # for measuring what the overlap gains
+                    upcoming.result()
             yield caption_prepared(
                 prepared, captioner, split=settings.split, worker=worker, batch_size=batch_size
             )

@@ -22,6 +22,9 @@ DEFAULT_MAX_PIXELS = 28 * 28 * 16384
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_CHECKPOINT_EVERY_ROWS = 25
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
+# Ids read ahead and ordered by image size, in batches: images of similar size pad less.
+SIZE_SORT_WINDOW_BATCHES = 8
 DEVICES = ("auto", "cpu", "cuda")
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -63,12 +66,16 @@ class RuntimeSettings:
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
+    attention: str = "sdpa"
+    sort_by_size: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise SettingsError(f"batch size must be at least 1, got {self.batch_size}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.attention not in ATTENTIONS:
+            raise SettingsError(f"attention must be one of {', '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise SettingsError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
 

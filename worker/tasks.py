@@ -28,6 +28,8 @@ from rococap.settings import CaptionSettings, RuntimeSettings
 
 log = logging.getLogger(__name__)
 
+WARM_UP_SIDE_PX = 56
+WARM_UP_TOKENS = 2
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BASE_DELAY_S = 2.0
 RETRY_MAX_DELAY_S = 300.0
@@ -89,8 +91,18 @@ class WorkerState:
         return self._captioner.with_settings(caption)
 
     def warm_up(self) -> None:
-        """Load the model now, before the worker takes tasks (errors then stop the worker at start)."""
-        self.captioner(CaptionSettings(model=self.settings.model))
+        """Load the model and run one tiny generate now, before the worker takes tasks.
+
+        The first generate call of a process is several times slower than the next ones (kernel
+        and allocator warm-up); paying it here keeps it out of the first task, and a model that
+        cannot be loaded stops the worker at start instead of failing tasks.
+        """
+        from PIL import Image
+
+        import rococap.dataset  # noqa: F401  (imports datasets/pyarrow now, not in the first task)
+
+        warm = CaptionSettings(model=self.settings.model, max_new_tokens=WARM_UP_TOKENS)
+        self.captioner(warm).caption([Image.new("RGB", (WARM_UP_SIDE_PX, WARM_UP_SIDE_PX), (128, 128, 128))])
 
     def spec(self, run: str) -> RunSpec:
         if run not in self._specs:
