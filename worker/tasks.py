@@ -5,8 +5,8 @@ pushed (so a redelivered task never yields a second row), captions the rest thro
 core (`rococap.batch`), and pushes one record per image to the run's stream in one MULTI/EXEC
 together with marking the ids pushed. Transient errors retry the task with exponential backoff
 and jitter; after the last retry its ids are pushed as failed with the error. A task whose
-delivery keeps dying with its worker (a poison task) is recorded as failed after a bounded
-number of deliveries.
+delivery keeps dying with its worker (a poison image) is captioned one image at a time on
+redelivery, and past a bounded number of deliveries the image it dies on is recorded as failed.
 """
 
 from __future__ import annotations
