@@ -34,7 +34,7 @@ from rococap.batch import caption_rows  # noqa: E402
 from rococap.captioner import Captioner  # noqa: E402
 from rococap.dataset import ImageRow  # noqa: E402
 from rococap.settings import CaptionSettings  # noqa: E402
-from tests.fixtures.tiny_model import QWEN2VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS  # noqa: E402
+from tests.fixtures.tiny_model import QWEN2VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS, as_qwen_tokenizer  # noqa: E402
 
 PROMPT_WORDS = [
     "system",
@@ -57,7 +57,6 @@ PROMPT_WORDS = [
 def stand_in_tokenizer(first_special_id: int):
     """Word-level tokenizer whose Qwen special tokens get ids first_special_id, first_special_id + 1, ..."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {word: index for index, word in enumerate(PROMPT_WORDS)}
     vocab["[UNK]"] = len(vocab)
@@ -65,14 +64,7 @@ def stand_in_tokenizer(first_special_id: int):
         vocab[f"w{index}"] = index
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.add_special_tokens(QWEN_SPECIAL_TOKENS)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        padding_side="left",
-        chat_template=QWEN2VL_CHAT_TEMPLATE,
-    )
+    fast = as_qwen_tokenizer(tokenizer)
     assert fast.convert_tokens_to_ids("<|endoftext|>") == first_special_id
     return fast
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import machine_line, prepare
 
-from tests.services import RedisServer
+from tests.services import RedisServer, collect_until_done
 
 ROCOCAP = str(Path(sys.executable).with_name("rococap"))
 
@@ -55,17 +55,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     collector = subprocess.Popen(
-        [
-            ROCOCAP,
-            "collect",
-            "--run",
-            "test",
-            "--until-done",
-            "--out",
-            str(workdir / "out"),
-            "--redis-url",
-            url,
-        ],
+        [ROCOCAP, *collect_until_done(workdir / "out", url)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -92,7 +92,6 @@ class Collector:
                 COLLECTOR_GROUP, self.settings.consumer, {sink.keys.results: "0"}, count=READ_COUNT
             )
             entries = reply[0][1] if reply else []
-            entries = [(entry_id, data) for entry_id, data in entries if entry_id not in set(sink.unacked)]
             if not entries:
                 break
             self._add_entries(sink, entries)

@@ -11,9 +11,9 @@ import re
 
 from celery import Celery
 
+from rococap.settings import DEFAULT_VISIBILITY_TIMEOUT_S
+
 CAPTION_TASK_NAME = "rococap.caption"
-# Longer than the longest task (model load + one batch); an unacked task is redelivered after this.
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
 QUEUE_PREFIX = "rococap.caption."
 
 

@@ -16,17 +16,22 @@ from rococap.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_EVERY_ROWS,
     DEFAULT_DATASET,
+    DEFAULT_MAX_DELIVERIES,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_RETRIES,
     DEFAULT_MIN_PIXELS,
     DEFAULT_MODEL,
     DEFAULT_PROMPT,
+    DEFAULT_RETRY_BASE_DELAY_S,
+    DEFAULT_VISIBILITY_TIMEOUT_S,
     DEVICES,
     DTYPES,
     CaptionSettings,
     OutputSettings,
     RuntimeSettings,
     Settings,
+    validate_run_name,
 )
 
 ENV_PREFIX = "ROCOCAP_"
@@ -95,6 +100,20 @@ caption_options = compose(
         help="Largest image area after resizing, in pixels: the main speed knob.",
     ),
 )
+dtype_option = option(
+    "--dtype",
+    env="DTYPE",
+    type=click.Choice(DTYPES),
+    default="auto",
+    help="Model precision: auto is float16 on CUDA and float32 on CPU.",
+)
+attention_option = option(
+    "--attention",
+    env="ATTENTION",
+    type=click.Choice(ATTENTIONS),
+    default="sdpa",
+    help="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).",
+)
 runtime_options = compose(
     option(
         "--device",
@@ -103,13 +122,7 @@ runtime_options = compose(
         default="auto",
         help="Where the model runs: auto picks CUDA when a GPU is visible.",
     ),
-    option(
-        "--dtype",
-        env="DTYPE",
-        type=click.Choice(DTYPES),
-        default="auto",
-        help="Model precision: auto is float16 on CUDA and float32 on CPU.",
-    ),
+    dtype_option,
     option(
         "--batch-size",
         env="BATCH_SIZE",
@@ -117,13 +130,7 @@ runtime_options = compose(
         default=DEFAULT_BATCH_SIZE,
         help="Images per generate call.",
     ),
-    option(
-        "--attention",
-        env="ATTENTION",
-        type=click.Choice(ATTENTIONS),
-        default="sdpa",
-        help="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).",
-    ),
+    attention_option,
     option(
         "--sort-by-size/--no-sort-by-size",
         env="SORT_BY_SIZE",
@@ -322,7 +329,7 @@ def enqueue_command(
         redis_url=redis_url,
         dataset=dataset,
         split=split,
-        run=validated_run(run_name or split),
+        run=validate_run_name(run_name or split),
         caption=caption_settings_from(params),
         chunk_size=chunk_size,
         out_dir=out_dir,
@@ -349,13 +356,7 @@ def enqueue_command(
     default=DEFAULT_MODEL,
     help="Model this worker holds; it takes only that model's tasks.",
 )
-@option(
-    "--dtype",
-    env="DTYPE",
-    type=click.Choice(DTYPES),
-    default="auto",
-    help="Model precision: auto is float16 on CUDA and float32 on CPU.",
-)
+@dtype_option
 @option(
     "--batch-size",
     env="BATCH_SIZE",
@@ -363,13 +364,7 @@ def enqueue_command(
     default=DEFAULT_BATCH_SIZE,
     help="Most images per generate call; larger tasks are split.",
 )
-@option(
-    "--attention",
-    env="ATTENTION",
-    type=click.Choice(ATTENTIONS),
-    default="sdpa",
-    help="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).",
-)
+@attention_option
 @option(
     "--dataset",
     env="WORKER_DATASET",
@@ -381,28 +376,28 @@ def enqueue_command(
     "--max-retries",
     env="MAX_RETRIES",
     type=click.IntRange(min=0),
-    default=3,
+    default=DEFAULT_MAX_RETRIES,
     help="Retries of a task after a transient error, with exponential backoff and jitter.",
 )
 @option(
     "--retry-base-delay-s",
     env="RETRY_BASE_DELAY_S",
     type=click.FloatRange(min=0),
-    default=2.0,
+    default=DEFAULT_RETRY_BASE_DELAY_S,
     help="First retry delay in seconds; doubled each retry.",
 )
 @option(
     "--max-deliveries",
     env="MAX_DELIVERIES",
     type=click.IntRange(min=2),
-    default=3,
+    default=DEFAULT_MAX_DELIVERIES,
     help="Deliveries of a task that keeps killing its worker before the image it dies on is recorded as failed.",
 )
 @option(
     "--visibility-timeout-s",
     env="VISIBILITY_TIMEOUT_S",
     type=POSITIVE_INT,
-    default=3600,
+    default=DEFAULT_VISIBILITY_TIMEOUT_S,
     help="Seconds before an unacknowledged task is given to another worker; longer than the longest task.",
 )
 @option(
@@ -450,7 +445,7 @@ def worker_command(
     from rococap.worker.tasks import WorkerSettings
 
     if name is not None:
-        validated_run(name)  # same rule: letters, digits, '.', '_', '-'
+        validate_run_name(name)  # same rule: letters, digits, '.', '_', '-'
     plans = plan_workers(parse_gpus(gpus), model, name=name)
     if dry_run:
         for line in describe(plans):
@@ -459,7 +454,7 @@ def worker_command(
     check_model_source(model)
     connect_redis(redis_url).close()
     if len(plans) > 1:
-        sys.exit(supervise(plans, [arg for arg in sys.argv[1:]]))
+        sys.exit(supervise(plans, sys.argv[1:]))
     plan = plans[0]
     settings = WorkerSettings(
         redis_url=redis_url,
@@ -510,7 +505,7 @@ def collect_command(redis_url, run_name, out_dir, checkpoint_every, until_done) 
         redis_url=redis_url,
         out_dir=out_dir,
         checkpoint_every=checkpoint_every,
-        run=validated_run(run_name) if run_name else None,
+        run=validate_run_name(run_name) if run_name else None,
         until_done=until_done,
     )
     collector = Collector(settings, connect_redis(redis_url))
@@ -558,7 +553,7 @@ def status_command(redis_url, run_name, watch, interval_s, as_json) -> None:
 
     client = connect_redis(redis_url)
     app = make_celery_app(redis_url)
-    name = validated_run(run_name) if run_name else None
+    name = validate_run_name(run_name) if run_name else None
     while True:
         statuses = all_statuses(client, name)
         if name and not statuses:
@@ -667,12 +662,6 @@ def evaluate_command(csv_path, references, cuis, cui_map, dataset, report_dir, b
             f"({evaluation.modality['images_with_gold_modality']} images with a modality CUI)"
         )
     click.echo(f"report: {page}")
-
-
-def validated_run(name: str) -> str:
-    from rococap.settings import validate_run_name
-
-    return validate_run_name(name)
 
 
 def main() -> None:

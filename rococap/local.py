@@ -131,9 +131,7 @@ def run_local(
     if todo and captioner is None:
         captioner = Captioner.load(settings.caption, settings.runtime)
     if captioner is not None:
-        output.update_manifest(
-            **{key: value for key, value in run_manifest(settings, captioner).items() if key == "runtime"}
-        )
+        output.update_manifest(runtime=run_manifest(settings, captioner)["runtime"])
     log.info("%d selected, %d already done, %d to caption", len(selected), skipped, len(todo))
     session_seconds: list[float] = []
     captioned = failed = 0

@@ -21,6 +21,13 @@ DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 28 * 28 * 16384
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_CHECKPOINT_EVERY_ROWS = 25
+# Workers: retries after transient errors, first retry delay (doubled each retry), deliveries of a
+# task that keeps killing its worker, and seconds before an unacknowledged task is redelivered
+# (longer than the longest task: model load plus one batch).
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BASE_DELAY_S = 2.0
+DEFAULT_MAX_DELIVERIES = 3
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 # Ids read ahead and ordered by image size, in batches: images of similar size pad less.

@@ -115,3 +115,8 @@ class CliProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+
+def collect_until_done(out: Path, redis_url: str, *extra: str, run: str = "test") -> list[str]:
+    """Arguments of `rococap collect` that writes `run` into `out` and exits when it is complete."""
+    return ["collect", "--run", run, "--until-done", "--out", str(out), "--redis-url", redis_url, *extra]

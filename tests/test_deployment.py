@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, rococap_cli
-from tests.services import free_port, wait_until
+from tests.services import collect_until_done, free_port, wait_until
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_ENV = {"FLOWER_BASIC_AUTH": "admin:test-password"}
@@ -163,17 +163,7 @@ def test_flower_shows_the_worker_and_counts_its_tasks(
         )
         assert enqueued.returncode == 0, enqueued.stderr
         collector = cli_processes(
-            [
-                "collect",
-                "--run",
-                "flower",
-                "--until-done",
-                "--out",
-                str(tmp_path / "out"),
-                "--redis-url",
-                redis_server.url,
-            ],
-            tmp_path / "collector.log",
+            collect_until_done(tmp_path / "out", redis_server.url, run="flower"), tmp_path / "collector.log"
         )
         assert collector.wait(120) == 0, collector.log()
 

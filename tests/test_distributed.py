@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import rococap_cli
 from tests.fixtures.rocov2 import synthetic_rows, write_split
+from tests.services import collect_until_done
 
 CAPTION_ARGS = ["--max-new-tokens", "8"]
 
@@ -75,19 +76,7 @@ def test_two_workers_and_collector_match_the_local_run_and_resume(
             tmp_path / f"worker{index}.log",
         )
     collector = cli_processes(
-        [
-            "collect",
-            "--run",
-            "test",
-            "--out",
-            str(tmp_path / "dist"),
-            "--until-done",
-            "--redis-url",
-            url,
-            "--checkpoint-every",
-            "3",
-        ],
-        tmp_path / "collector.log",
+        collect_until_done(tmp_path / "dist", url, "--checkpoint-every", "3"), tmp_path / "collector.log"
     )
     assert collector.wait(180) == 0, collector.log()
 
@@ -138,7 +127,7 @@ def test_two_workers_and_collector_match_the_local_run_and_resume(
     assert again.returncode == 0, again.stderr
     assert "20 already done" in again.stdout and "10 ids sent as 3 tasks" in again.stdout
     collector = cli_processes(
-        ["collect", "--run", "test", "--out", str(tmp_path / "dist"), "--until-done", "--redis-url", url],
+        collect_until_done(tmp_path / "dist", url),
         tmp_path / "collector2.log",
     )
     assert collector.wait(180) == 0, collector.log()

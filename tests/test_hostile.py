@@ -15,7 +15,7 @@ from PIL import Image
 from rococap.celery_app import CAPTION_TASK_NAME, queue_for_model
 from tests.conftest import rococap_cli
 from tests.fixtures.rocov2 import Row, png_bytes, synthetic_image, write_split
-from tests.services import RedisServer, wait_until
+from tests.services import RedisServer, collect_until_done, wait_until
 
 HOST = socket.gethostname()
 
@@ -90,7 +90,7 @@ def test_hostile_images_through_a_worker_each_captioned_or_failed_with_a_reason(
     assert result.returncode == 0, result.stderr
     assert "16 selected" in result.stdout  # the repeated id is selected once
     collector = cli_processes(
-        ["collect", "--run", "test", "--until-done", "--out", str(tmp_path / "out"), "--redis-url", url],
+        collect_until_done(tmp_path / "out", url),
         tmp_path / "collector.log",
     )
     assert collector.wait(150) == 0, collector.log()
@@ -203,19 +203,7 @@ def test_redis_password_never_appears_in_logs_status_or_run_json(
         )
         assert enqueued.returncode == 0, enqueued.stderr
         collector = cli_processes(
-            [
-                "--log-level",
-                "DEBUG",
-                "collect",
-                "--run",
-                "test",
-                "--until-done",
-                "--out",
-                str(tmp_path / "out"),
-                "--redis-url",
-                url,
-            ],
-            tmp_path / "collector.log",
+            ["--log-level", "DEBUG", *collect_until_done(tmp_path / "out", url)], tmp_path / "collector.log"
         )
         assert collector.wait(120) == 0, collector.log()
         status = rococap_cli("status", "--redis-url", url)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import rococap_cli
 from tests.fixtures.rocov2 import Row, png_bytes, synthetic_image, synthetic_rows, write_split
-from tests.services import RedisServer, wait_until
+from tests.services import RedisServer, collect_until_done, wait_until
 
 HOST = socket.gethostname()
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_worker_killed_mid_batch_task_goes_to_another_worker(
         worker_args(tiny_model, url, "rescuer", "--visibility-timeout-s", "4"), tmp_path / "rescuer.log"
     )
     collector = cli_processes(
-        ["collect", "--run", "test", "--until-done", "--out", str(tmp_path / "out"), "--redis-url", url],
+        collect_until_done(tmp_path / "out", url),
         tmp_path / "collector.log",
     )
     assert collector.wait(150) == 0, collector.log()
@@ -150,20 +150,7 @@ def test_redis_restart_mid_run_everyone_reconnects_and_the_run_completes(tiny_mo
         )
         ids = enqueue(tmp_path / "ds", tiny_model, url, 40, tokens=64)
         collector = cli_processes(
-            [
-                "--log-level",
-                "INFO",
-                "collect",
-                "--run",
-                "test",
-                "--until-done",
-                "--out",
-                str(tmp_path / "out"),
-                "--redis-url",
-                url,
-                "--checkpoint-every",
-                "2",
-            ],
+            ["--log-level", "INFO", *collect_until_done(tmp_path / "out", url, "--checkpoint-every", "2")],
             tmp_path / "collector.log",
         )
         wait_until(
@@ -192,19 +179,7 @@ def test_poison_task_is_recorded_as_failed_after_bounded_deliveries(tiny_model, 
     url = redis_server.url
     ids = enqueue(tmp_path / "ds", tiny_model, url, 8, tokens=8, chunk=4)
     collector = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rococap.cli",
-            "collect",
-            "--run",
-            "test",
-            "--until-done",
-            "--out",
-            str(tmp_path / "out"),
-            "--redis-url",
-            url,
-        ],
+        [sys.executable, "-m", "rococap.cli", *collect_until_done(tmp_path / "out", url)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

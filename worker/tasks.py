@@ -19,23 +19,25 @@ from typing import Any
 
 from rococap.batch import caption_rows
 from rococap.captioner import Captioner
-from rococap.celery_app import CAPTION_TASK_NAME, DEFAULT_VISIBILITY_TIMEOUT_S, make_celery_app
+from rococap.celery_app import CAPTION_TASK_NAME, make_celery_app
 from rococap.dataset import SplitSource
 from rococap.errors import RococapError, TransientError
 from rococap.records import FailureRecord, Record, utc_now_iso
 from rococap.runs import RunKeys, RunSpec, load_spec
-from rococap.settings import CaptionSettings, RuntimeSettings
+from rococap.settings import (
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BASE_DELAY_S,
+    DEFAULT_VISIBILITY_TIMEOUT_S,
+    CaptionSettings,
+    RuntimeSettings,
+)
 
 log = logging.getLogger(__name__)
 
 WARM_UP_SIDE_PX = 56
 WARM_UP_TOKENS = 2
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_RETRY_BASE_DELAY_S = 2.0
 RETRY_MAX_DELAY_S = 300.0
-# Deliveries of the same attempt (a worker died holding it) before the image being captioned at
-# that moment is recorded as failed. At least 2: deliveries after the first go one image at a time.
-DEFAULT_MAX_DELIVERIES = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class WorkerSettings:
     dataset: str | None = None  # where this worker finds the dataset, if not where the run says
     max_retries: int = DEFAULT_MAX_RETRIES
     retry_base_delay_s: float = DEFAULT_RETRY_BASE_DELAY_S
+    # Deliveries of one attempt (its worker died each time) before the image being captioned then is
+    # recorded as failed. At least 2: deliveries after the first go one image at a time.
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
 
